@@ -66,7 +66,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 /// take over at once); the body says which role it has.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.health.synced.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "watches not synced\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watches not synced\n".to_string(),
+        );
     }
     let role = match (state.health.leader_election, state.health.is_leader()) {
         (false, _) => "ready (leader election off)\n",

@@ -120,12 +120,18 @@ impl Metrics {
 
     pub fn observe_error(&self, kind: &str) {
         self.reconcile_errors
-            .get_or_create(&ErrorLabels { kind: kind.to_string() })
+            .get_or_create(&ErrorLabels {
+                kind: kind.to_string(),
+            })
             .inc();
     }
 
     pub fn observe_query(&self, took: Duration, ok: bool) {
-        let outcome = if ok { QueryOutcome::success } else { QueryOutcome::failure };
+        let outcome = if ok {
+            QueryOutcome::success
+        } else {
+            QueryOutcome::failure
+        };
         self.prometheus_queries
             .get_or_create(&QueryLabels { outcome })
             .inc();
@@ -144,11 +150,15 @@ impl Metrics {
             return;
         }
         if let Some(old) = old {
-            self.migrations.get_or_create(&PhaseLabels { phase: old }).dec();
+            self.migrations
+                .get_or_create(&PhaseLabels { phase: old })
+                .dec();
         }
         if let Some(new) = phase {
             self.migrations
-                .get_or_create(&PhaseLabels { phase: new.to_string() })
+                .get_or_create(&PhaseLabels {
+                    phase: new.to_string(),
+                })
                 .inc();
         }
     }
@@ -166,10 +176,19 @@ mod tests {
         m.set_phase("ns/a", Some("Enforced"));
         m.set_phase("ns/a", Some("Enforced"));
         let text = m.encode();
-        assert!(text.contains("mtls_migrator_migrations{phase=\"Observing\"} 1"), "{text}");
-        assert!(text.contains("mtls_migrator_migrations{phase=\"Enforced\"} 1"), "{text}");
+        assert!(
+            text.contains("mtls_migrator_migrations{phase=\"Observing\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mtls_migrator_migrations{phase=\"Enforced\"} 1"),
+            "{text}"
+        );
         m.set_phase("ns/b", None);
-        assert!(m.encode().contains("mtls_migrator_migrations{phase=\"Observing\"} 0"));
+        assert!(
+            m.encode()
+                .contains("mtls_migrator_migrations{phase=\"Observing\"} 0")
+        );
     }
 
     #[test]
@@ -179,7 +198,13 @@ mod tests {
         m.observe_error("kube");
         m.observe_query(Duration::from_millis(3), false);
         let text = m.encode();
-        assert!(text.contains("mtls_migrator_reconcile_errors_total{kind=\"kube\"} 2"), "{text}");
-        assert!(text.contains("mtls_migrator_prometheus_queries_total{outcome=\"failure\"} 1"), "{text}");
+        assert!(
+            text.contains("mtls_migrator_reconcile_errors_total{kind=\"kube\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mtls_migrator_prometheus_queries_total{outcome=\"failure\"} 1"),
+            "{text}"
+        );
     }
 }

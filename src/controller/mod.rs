@@ -1,0 +1,301 @@
+//! The running operator: watches, the controller, probes, metrics and
+//! leader election, stopped in order by one cancellation signal.
+
+mod error;
+mod reconcile;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use error::Error;
+pub use reconcile::{Context, FINALIZER, PrometheusSettings, Stores, error_policy, reconcile};
+
+use crate::api::istio::{DestinationRule, PeerAuthentication};
+use crate::api::migration::MtlsMigration;
+use crate::cli::RunArgs;
+use crate::runtime::http::{self, Health};
+use crate::runtime::leader::{self, LeaderConfig};
+use crate::runtime::telemetry::Metrics;
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+/// Migrations whose scope covers `namespace` (a mesh-wide migration covers
+/// every namespace).
+fn affected(
+    migrations: &Store<MtlsMigration>,
+    root_namespace: &str,
+    namespace: Option<String>,
+) -> Vec<ObjectRef<MtlsMigration>> {
+    migrations
+        .state()
+        .iter()
+        .filter(|m| {
+            let ns = m.namespace();
+            namespace.is_none()
+                || ns == namespace
+                || (ns.as_deref() == Some(root_namespace) && m.spec.selector.is_none())
+        })
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    // Server-side apply bookkeeping is most of an object's size; we never read it.
+    obj.meta_mut().managed_fields = None;
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("mtls-migrator-{}", std::process::id()))
+    });
+    let metrics = Metrics::default();
+    let health = Arc::new(Health::new(args.leader_elect));
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+
+    let listener = http::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    // Printed so a supervisor (or a test) that asked for port 0 learns the port.
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    ));
+
+    let (leading_tx, mut leading) = watch::channel(!args.leader_elect);
+    let lease_stop = CancellationToken::new();
+    let lease_task = if args.leader_elect {
+        let cfg = LeaderConfig {
+            lease_name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            duration_secs: args.lease_duration.as_secs().max(2),
+            grace_secs: args
+                .lease_renew_before
+                .as_secs()
+                .clamp(1, args.lease_duration.as_secs().max(2) - 1),
+        };
+        Some(tokio::spawn(leader::run(
+            client.clone(),
+            cfg,
+            health.clone(),
+            leading_tx,
+            lease_stop.clone(),
+        )))
+    } else {
+        health
+            .leader
+            .store(true, std::sync::atomic::Ordering::Release);
+        None
+    };
+
+    // Watches start at once, so a standby replica is synced and can take
+    // over without a cold start.
+    let (controller, stores, synced) = build_controller(client.clone(), &args);
+    let health_synced = health.clone();
+    tokio::spawn(async move {
+        synced.await;
+        health_synced
+            .synced
+            .store(true, std::sync::atomic::Ordering::Release);
+        info!("caches synced");
+    });
+
+    // Wait for the lease (or shutdown) before reconciling anything.
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        res = leading.wait_for(|l| *l) => { res.context("leader election stopped")?; }
+    }
+    metrics.leader.set(i64::from(!shutdown.is_cancelled()));
+
+    if !shutdown.is_cancelled() {
+        info!(%identity, "leading: starting the controller");
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            &identity,
+            args.root_namespace.clone(),
+            PrometheusSettings {
+                default_url: args.prometheus_url.clone(),
+                timeout: args.prometheus_timeout,
+                token_file: args.prometheus_token_file.clone(),
+            },
+            metrics.clone(),
+            stores,
+        ));
+        let stop_controller = shutdown.clone();
+        let lost = async move {
+            // Losing the lease while running means another replica may write:
+            // stop at once rather than compete.
+            let _ = leading.wait_for(|l| !*l).await;
+        };
+        let controller_run = controller
+            .graceful_shutdown_on(async move { stop_controller.cancelled().await })
+            .run(reconcile, error_policy, ctx)
+            .for_each(|res| async move {
+                if let Err(err) = res {
+                    warn!(%err, "reconcile error");
+                }
+            });
+        tokio::select! {
+            _ = controller_run => info!("controller stopped"),
+            _ = lost => {
+                error!("lost the leader lease: exiting so a fresh process can rejoin");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    // Order: the controller has finished its in-flight reconciles; now
+    // release the lease so a standby takes over, then stop serving.
+    lease_stop.cancel();
+    if let Some(task) = lease_task {
+        match task.await {
+            Ok(Err(err)) => warn!(%err, "releasing the leader lease"),
+            Err(err) => warn!(%err, "lease task panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    http_stop.cancel();
+    http_task.await??;
+    info!("stopped");
+    Ok(())
+}
+
+/// The controller plus the shared caches it reads, and a future that
+/// resolves when every cache has listed its objects.
+fn build_controller(
+    client: Client,
+    args: &RunArgs,
+) -> (
+    Controller<MtlsMigration>,
+    Stores,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = args.watch_namespace.as_deref();
+    let cfg = watcher::Config::default;
+    let migrations: Api<MtlsMigration> = api(&client, ns);
+    let controller = Controller::new(migrations, cfg());
+    let mig_store = controller.store();
+    let root = args.root_namespace.clone();
+
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let pod_stream = watcher(api::<Pod>(&client, ns), cfg())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(pods_w)
+        .touched_objects();
+    let (services, services_w) = reflector::store::<Service>();
+    let service_stream = watcher(api::<Service>(&client, ns), cfg())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(services_w)
+        .touched_objects();
+    let (namespaces, namespaces_w) = reflector::store::<Namespace>();
+    let namespace_stream = watcher(Api::<Namespace>::all(client.clone()), cfg())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(namespaces_w)
+        .touched_objects();
+
+    let pa_resource = ApiResource::erase::<PeerAuthentication>(&());
+    let dr_resource = ApiResource::erase::<DestinationRule>(&());
+    let dynamic_api = |res: &ApiResource, ns: Option<&str>| match ns {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, res),
+        None => Api::<DynamicObject>::all_with(client.clone(), res),
+    };
+    let pa_writer = reflector::store::Writer::<DynamicObject>::new(pa_resource.clone());
+    let policies = pa_writer.as_reader();
+    // Mesh-wide policies live in the root namespace, outside a watched namespace.
+    let pa_stream = watcher(dynamic_api(&pa_resource, None), cfg())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(pa_writer)
+        .touched_objects();
+    let dr_writer = reflector::store::Writer::<DynamicObject>::new(dr_resource.clone());
+    let destination_rules = dr_writer.as_reader();
+    // Clients anywhere may hold a DestinationRule for a host in scope.
+    let dr_stream = watcher(dynamic_api(&dr_resource, None), cfg())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(dr_writer)
+        .touched_objects();
+
+    let mapper = |store: Store<MtlsMigration>, root: String| {
+        move |obj_ns: Option<String>| affected(&store, &root, obj_ns)
+    };
+    let by_ns = mapper(mig_store.clone(), root.clone());
+    let by_ns2 = mapper(mig_store.clone(), root.clone());
+    let by_ns3 = mapper(mig_store.clone(), root.clone());
+    let all = mapper(mig_store.clone(), root.clone());
+    let all2 = mapper(mig_store, root);
+    let controller = controller
+        .watches_stream(pod_stream, move |p: Pod| by_ns(p.namespace()))
+        .watches_stream(service_stream, move |s: Service| by_ns2(s.namespace()))
+        .watches_stream_with(
+            pa_stream,
+            move |p: DynamicObject| by_ns3(p.namespace()),
+            pa_resource,
+        )
+        // A DestinationRule anywhere may target a host in any scope.
+        .watches_stream_with(dr_stream, move |_: DynamicObject| all(None), dr_resource)
+        // Namespace labels decide which namespaces a mesh-wide scope covers.
+        .watches_stream(namespace_stream, move |_: Namespace| all2(None));
+
+    let stores = Stores {
+        pods: pods.clone(),
+        services: services.clone(),
+        namespaces: namespaces.clone(),
+        policies: policies.clone(),
+        destination_rules: destination_rules.clone(),
+    };
+    let synced = async move {
+        let _ = future::join5(
+            pods.wait_until_ready(),
+            services.wait_until_ready(),
+            namespaces.wait_until_ready(),
+            policies.wait_until_ready(),
+            destination_rules.wait_until_ready(),
+        )
+        .await;
+    };
+    (controller, stores, synced)
+}

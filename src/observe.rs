@@ -55,8 +55,11 @@ pub enum Reading {
 #[serde(rename_all = "camelCase")]
 pub struct EnrollmentSummary {
     /// Pods selected by the scope whose phase is not Succeeded/Failed.
+    // Kubernetes knows int32/int64 formats only; `uint32` draws a warning.
+    #[schemars(with = "i64")]
     pub selected: u32,
     /// Of those, pods with a sidecar, native sidecar or ambient redirection.
+    #[schemars(with = "i64")]
     pub enrolled: u32,
     /// Names of the first few pods that are not enrolled (sorted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

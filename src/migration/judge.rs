@@ -169,7 +169,8 @@ fn sources_sentence(sources: &[PlaintextSource]) -> String {
 
 /// A ratio for people and the printer column: `0%`, `12.5%`, `<0.01%`.
 pub fn percent(ratio: f64) -> String {
-    let p = ratio * 100.0;
+    // `+ 0.0` turns a negative zero (0 plaintext / n) into a plain zero.
+    let p = ratio * 100.0 + 0.0;
     if p > 0.0 && p < 0.01 {
         return "<0.01%".to_string();
     }
@@ -365,6 +366,7 @@ mod tests {
     #[test]
     fn percent_formatting() {
         assert_eq!(percent(0.0), "0%");
+        assert_eq!(percent(-0.0), "0%", "no plaintext must not print as -0%");
         assert_eq!(percent(0.125), "12.5%");
         assert_eq!(percent(1.0), "100%");
         assert_eq!(percent(0.00001), "<0.01%");

@@ -20,7 +20,13 @@ async fn main() -> Result<()> {
     // Tests unify features and may compile a second rustls provider; naming
     // ours keeps rustls from refusing to choose.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // clap exits 2 on usage errors, which `preflight` reserves for
+        // "something blocks STRICT"; usage errors exit 1 instead.
+        let code = if err.use_stderr() { 1 } else { 0 };
+        let _ = err.print();
+        std::process::exit(code);
+    });
     init_logging(cli.log_format);
     match cli.command {
         Command::Run(args) => mtls_migrator::controller::run(args).await,

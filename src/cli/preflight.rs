@@ -383,10 +383,27 @@ pub struct ScopeSummary {
     pub description: String,
 }
 
+impl ScopeSummary {
+    /// The scope in a sentence.
+    fn title(&self) -> String {
+        if self.kind == "MeshWide" {
+            format!(
+                "the whole mesh (root namespace {}, no selector)",
+                self.root_namespace
+            )
+        } else {
+            self.description.clone()
+        }
+    }
+}
+
 /// How much was read, so an empty report is not mistaken for an empty read.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadCounts {
+    /// Namespaces covered: the scope's own, or for a mesh-wide scope every
+    /// namespace labelled for the mesh.
+    pub namespaces: usize,
     /// Live pods the scope selects.
     pub selected_pods: usize,
     pub enrolled_pods: usize,
@@ -508,6 +525,14 @@ pub fn build_report(
         .filter(|p| scope.selects_pod(p) && !crate::scope::is_finished(p))
         .collect();
     let read = ReadCounts {
+        namespaces: match scope.kind() {
+            ScopeKind::MeshWide => inv
+                .namespaces
+                .iter()
+                .filter(|n| namespace_in_mesh(n))
+                .count(),
+            _ => 1,
+        },
         selected_pods: live.len(),
         enrolled_pods: live
             .iter()
@@ -593,9 +618,17 @@ fn evidence_line(e: &Option<Value>) -> String {
 pub fn render_table(report: &Report, width: usize) -> String {
     let r = &report.read;
     let header = [
-        format!("Preflight of {}.", report.scope.description),
+        format!("Preflight of {}.", report.scope.title()),
         format!(
-            "Read {} ({} enrolled), {} in scope, {}, {}.",
+            "Read {}{} ({} enrolled), {} in scope, {}, {}.",
+            if report.scope.kind == "MeshWide" {
+                format!(
+                    "{} in the mesh, ",
+                    plural(r.namespaces, "namespace", "namespaces")
+                )
+            } else {
+                String::new()
+            },
             plural(r.selected_pods, "selected pod", "selected pods"),
             r.enrolled_pods,
             plural(r.services, "Service", "Services"),
@@ -673,13 +706,13 @@ pub fn render_table(report: &Report, width: usize) -> String {
     } else if warnings > 0 {
         format!(
             "Nothing blocks STRICT for {}; {} worth checking above.",
-            report.scope.description,
+            report.scope.title(),
             plural(warnings, "warning", "warnings")
         )
     } else {
         format!(
             "Nothing blocks STRICT for {}: no findings.",
-            report.scope.description
+            report.scope.title()
         )
     };
     for line in wrap(&verdict, width) {
@@ -834,6 +867,30 @@ mod tests {
         assert_eq!(
             err("app").to_string(),
             "\"app\": expected key=value (pairs separated by commas, e.g. app=web,version=v1)"
+        );
+    }
+
+    #[test]
+    fn mesh_wide_scope_names_itself_and_counts_mesh_namespaces() {
+        let scope = Scope::new("istio-system", None, "istio-system");
+        let ns = |name: &str, labels: Value| -> Namespace {
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+        };
+        let inv = Inventory {
+            namespaces: vec![
+                ns("shop", json!({"istio-injection": "enabled"})),
+                ns("kube-system", json!({})),
+            ],
+            pods: vec![pod("shop", "web-1", true)],
+            ..Inventory::default()
+        };
+        let report = build_report(&scope, &inv, &[], "cluster.local", None);
+        assert_eq!(report.scope.kind, "MeshWide");
+        assert_eq!(report.read.namespaces, 1);
+        let text = render_table(&report, 200);
+        assert!(
+            text.starts_with("Preflight of the whole mesh (root namespace istio-system, no selector).\nRead 1 namespace in the mesh, 1 selected pod"),
+            "{text}"
         );
     }
 

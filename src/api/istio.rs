@@ -15,9 +15,12 @@ use serde::{Deserialize, Serialize};
 // The annotations recording ownership and the original spec are
 // `scope::MIGRATION_ANNOTATION` and `scope::ORIGINAL_SPEC_ANNOTATION`.
 
-/// Label on managed PeerAuthentications.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Field manager (and `app.kubernetes.io/managed-by` value) for every write.
+/// Label on managed PeerAuthentications. Our own key, not
+/// `app.kubernetes.io/managed-by`: a taken-over policy may carry that label
+/// for its real owner (Helm, Argo CD), and we must neither overwrite it nor
+/// remove it on release.
+pub const MANAGED_BY_LABEL: &str = "mtls.migrator.dev/managed-by";
+/// Field manager (and [`MANAGED_BY_LABEL`] value) for every write.
 pub const FIELD_MANAGER: &str = "mtls-migrator";
 
 /// `security.istio.io/v1` PeerAuthentication.

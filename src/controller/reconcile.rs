@@ -41,6 +41,22 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     pub policies: Store<DynamicObject>,
     pub destination_rules: Store<DynamicObject>,
+    /// True once every cache above has listed its objects.
+    pub synced: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Stores {
+    /// Whether every cache has listed its objects, waiting a little for it.
+    /// Until then an empty cache means "not loaded", not "no pods, no
+    /// policy, no DestinationRule". Bounded, so a watch that never syncs
+    /// (e.g. RBAC) cannot hold a reconcile, and with it shutdown, forever.
+    pub async fn ready(&self) -> bool {
+        let mut synced = self.synced.clone();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 /// Settings for reaching Prometheus.
@@ -145,8 +161,18 @@ pub async fn reconcile(mig: Arc<MtlsMigration>, ctx: Arc<Context>) -> Result<Act
             FinalizerEvent::Cleanup(m) => cleanup(m, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // A second cleanup from a cache entry that still showed the object
+        // after the first one removed the finalizer: the object is gone,
+        // which is what removing the finalizer was for.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)))
+            if s.is_not_found() =>
+        {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     ctx.metrics.observe_reconcile(started.elapsed());
     result
 }
@@ -235,6 +261,12 @@ async fn measure(mig: &MtlsMigration, ctx: &Context, scope: &Scope, pods: &[Arc<
 }
 
 async fn apply(mig: Arc<MtlsMigration>, ctx: &Context) -> Result<Action> {
+    // The migrations' cache can be ready before the others (a restart): a
+    // decision over a half-loaded world would see the managed policy as
+    // absent (losing the hold) or miss unenrolled pods and conflicts.
+    if !ctx.stores.ready().await {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let ns = mig.namespace().ok_or(Error::NotNamespaced)?;
     let api: Api<MtlsMigration> = Api::namespaced(ctx.client.clone(), &ns);
     // The cached object can lag behind our own last status write; deciding

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -38,6 +39,44 @@ fn cancel_on_signal(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// The reconciler's context plus this replica's role.
+struct LeaderGated {
+    ctx: Arc<Context>,
+    leading: watch::Receiver<bool>,
+}
+
+/// Reconciles only while this replica holds the lease (always, without
+/// leader election). A standby leaves the object alone; `reconcile_all_on`
+/// brings every migration back when it takes over.
+async fn reconcile_if_leading(
+    mig: Arc<MtlsMigration>,
+    gated: Arc<LeaderGated>,
+) -> Result<Action, Error> {
+    if !*gated.leading.borrow() {
+        return Ok(Action::await_change());
+    }
+    reconcile(mig, gated.ctx.clone()).await
+}
+
+fn error_policy_if_leading(
+    mig: Arc<MtlsMigration>,
+    err: &Error,
+    gated: Arc<LeaderGated>,
+) -> Action {
+    error_policy(mig, err, gated.ctx.clone())
+}
+
+/// Keeps the `leader` gauge equal to this replica's role.
+async fn mirror_leadership(mut leading: watch::Receiver<bool>, metrics: Metrics) {
+    loop {
+        let led = *leading.borrow_and_update();
+        metrics.leader.set(i64::from(led));
+        if leading.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Migrations whose scope covers `namespace` (a mesh-wide migration covers
@@ -118,8 +157,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
-    // Watches start at once, so a standby replica is synced and can take
-    // over without a cold start.
+    // The controller runs on every replica from the start, so a standby's
+    // caches are synced (its /readyz is meaningful) and a takeover needs no
+    // cold start; `reconcile_if_leading` keeps a standby from writing.
     let (controller, stores, synced) = build_controller(client.clone(), &args);
     let health_synced = health.clone();
     tokio::spawn(async move {
@@ -129,17 +169,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .store(true, std::sync::atomic::Ordering::Release);
         info!("caches synced");
     });
+    tokio::spawn(mirror_leadership(leading.clone(), metrics.clone()));
 
-    // Wait for the lease (or shutdown) before reconciling anything.
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        res = leading.wait_for(|l| *l) => { res.context("leader election stopped")?; }
-    }
-    metrics.leader.set(i64::from(!shutdown.is_cancelled()));
-
-    if !shutdown.is_cancelled() {
-        info!(%identity, "leading: starting the controller");
-        let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(LeaderGated {
+        leading: leading.clone(),
+        ctx: Arc::new(Context::new(
             client.clone(),
             &identity,
             args.root_namespace.clone(),
@@ -150,27 +184,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             metrics.clone(),
             stores,
-        ));
-        let stop_controller = shutdown.clone();
-        let lost = async move {
-            // Losing the lease while running means another replica may write:
-            // stop at once rather than compete.
-            let _ = leading.wait_for(|l| !*l).await;
-        };
-        let controller_run = controller
-            .graceful_shutdown_on(async move { stop_controller.cancelled().await })
-            .run(reconcile, error_policy, ctx)
-            .for_each(|res| async move {
-                if let Err(err) = res {
-                    warn!(%err, "reconcile error");
-                }
-            });
-        tokio::select! {
-            _ = controller_run => info!("controller stopped"),
-            _ = lost => {
-                error!("lost the leader lease: exiting so a fresh process can rejoin");
-                std::process::exit(1);
+        )),
+    });
+    // Whatever a standby skipped is picked up when it takes over.
+    let mut became_leader = leading.clone();
+    let takeover =
+        futures::stream::once(async move { became_leader.wait_for(|l| *l).await.is_ok() })
+            .filter_map(|led| future::ready(led.then_some(())));
+    let stop_controller = shutdown.clone();
+    let controller_run = controller
+        .reconcile_all_on(takeover)
+        .graceful_shutdown_on(async move { stop_controller.cancelled().await })
+        .run(reconcile_if_leading, error_policy_if_leading, ctx)
+        .for_each(|res| async move {
+            if let Err(err) = res {
+                warn!(%err, "reconcile error");
             }
+        });
+    let lost = async {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return "leader election stopped";
+        }
+        info!(%identity, "leading: reconciling");
+        match leading.wait_for(|l| !*l).await {
+            Ok(_) => "lost the leader lease",
+            Err(_) => "leader election stopped",
+        }
+    };
+    tokio::select! {
+        _ = controller_run => info!("controller stopped"),
+        why = lost => {
+            // Another replica may be writing (or soon will): stop at once
+            // rather than compete, and let the restart rejoin as a standby.
+            // The election's own error says why (e.g. RBAC on the Lease); a
+            // lost lease leaves the task running, hence the timeout.
+            if let Some(task) = lease_task {
+                match tokio::time::timeout(std::time::Duration::from_secs(1), task).await {
+                    Ok(Ok(Err(err))) => error!(%err, "leader election failed"),
+                    Ok(Err(err)) => error!(%err, "lease task panicked"),
+                    _ => {}
+                }
+            }
+            error!("{why}: exiting so a fresh process can rejoin");
+            std::process::exit(1);
         }
     }
 
@@ -280,15 +336,19 @@ fn build_controller(
         // Namespace labels decide which namespaces a mesh-wide scope covers.
         .watches_stream(namespace_stream, move |_: Namespace| all2(None));
 
+    // This future is the only waiter on the stores' readiness: a store
+    // wakes just one waiting task, so reconciles wait on `synced_rx` instead.
+    let (synced_tx, synced_rx) = watch::channel(false);
     let stores = Stores {
         pods: pods.clone(),
         services: services.clone(),
         namespaces: namespaces.clone(),
         policies: policies.clone(),
         destination_rules: destination_rules.clone(),
+        synced: synced_rx,
     };
     let synced = async move {
-        let _ = future::join5(
+        let (a, b, c, d, e) = future::join5(
             pods.wait_until_ready(),
             services.wait_until_ready(),
             namespaces.wait_until_ready(),
@@ -296,6 +356,9 @@ fn build_controller(
             destination_rules.wait_until_ready(),
         )
         .await;
+        if a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok() && e.is_ok() {
+            let _ = synced_tx.send(true);
+        }
     };
     (controller, stores, synced)
 }

@@ -21,6 +21,9 @@ use tracing::{info, warn};
 
 use super::http::Health;
 
+/// Pause before a standby retries after an API error.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct LeaderConfig {
     pub lease_name: String,
@@ -84,15 +87,35 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            changed = manager.changed() => {
-                is_leader = changed?;
-                info!(identity = %cfg.identity, leader = is_leader, "leader lease changed hands");
-                health.leader.store(is_leader, Ordering::Release);
-                leading.send_replace(is_leader);
-            }
+            changed = manager.changed() => match changed {
+                Ok(led) => {
+                    is_leader = led;
+                    info!(identity = %cfg.identity, leader = is_leader, "leader lease changed hands");
+                    health.leader.store(is_leader, Ordering::Release);
+                    leading.send_replace(is_leader);
+                }
+                // A standby holds nothing that could go stale: it rides out
+                // API errors rather than exiting. A leader that cannot renew
+                // returns the error, and the caller stops writing at once.
+                Err(err) if !is_leader => {
+                    warn!(%err, "leader election: retrying in {RETRY:?}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(RETRY) => {}
+                    }
+                    match build(&client, &cfg).await {
+                        Ok(fresh) => manager = fresh,
+                        Err(err) => warn!(%err, "leader election: reading the lease"),
+                    }
+                }
+                Err(err) => return Err(err),
+            },
             _ = lease_released(leases.clone(), cfg.lease_name.clone()), if !is_leader => {
                 // Fresh state: the old manager trusts its cached expiry.
-                manager = build(&client, &cfg).await?;
+                match build(&client, &cfg).await {
+                    Ok(fresh) => manager = fresh,
+                    Err(err) => warn!(%err, "leader election: reading the released lease"),
+                }
             }
         }
     }

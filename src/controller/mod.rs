@@ -16,7 +16,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use error::Error;
 pub use reconcile::{Context, FINALIZER, PrometheusSettings, Stores, error_policy, reconcile};
@@ -197,8 +197,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .graceful_shutdown_on(async move { stop_controller.cancelled().await })
         .run(reconcile_if_leading, error_policy_if_leading, ctx)
         .for_each(|res| async move {
-            if let Err(err) = res {
-                warn!(%err, "reconcile error");
+            match res {
+                // A migration deleted while its reconcile was queued: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(%obj, "migration gone before its reconcile");
+                }
+                // error_policy has already logged and counted reconcile failures.
+                Err(err) => warn!(%err, "controller error"),
+                Ok(_) => {}
             }
         });
     let lost = async {

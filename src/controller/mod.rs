@@ -13,13 +13,16 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::core::DeserializeGuard;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use error::Error;
-pub use reconcile::{Context, FINALIZER, PrometheusSettings, Stores, error_policy, reconcile};
+pub use reconcile::{
+    Context, FINALIZER, PrometheusSettings, Stores, error_policy, reconcile, report_invalid,
+};
 
 use crate::api::istio::{DestinationRule, PeerAuthentication};
 use crate::api::migration::MtlsMigration;
@@ -50,23 +53,31 @@ struct LeaderGated {
 /// Reconciles only while this replica holds the lease (always, without
 /// leader election). A standby leaves the object alone; `reconcile_all_on`
 /// brings every migration back when it takes over.
+/// An object that does not deserialize reaches the reconciler as an error
+/// instead of breaking the watch (`DeserializeGuard`).
 async fn reconcile_if_leading(
-    mig: Arc<MtlsMigration>,
+    obj: Arc<Guarded>,
     gated: Arc<LeaderGated>,
 ) -> Result<Action, Error> {
     if !*gated.leading.borrow() {
         return Ok(Action::await_change());
     }
-    reconcile(mig, gated.ctx.clone()).await
+    match &obj.0 {
+        Ok(mig) => reconcile(Arc::new(mig.clone()), gated.ctx.clone()).await,
+        Err(invalid) => {
+            report_invalid(&obj, &invalid.error, &gated.ctx).await;
+            Ok(Action::await_change())
+        }
+    }
 }
 
-fn error_policy_if_leading(
-    mig: Arc<MtlsMigration>,
-    err: &Error,
-    gated: Arc<LeaderGated>,
-) -> Action {
-    error_policy(mig, err, gated.ctx.clone())
+fn error_policy_if_leading(obj: Arc<Guarded>, err: &Error, gated: Arc<LeaderGated>) -> Action {
+    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    error_policy(&key, err, &gated.ctx)
 }
+
+/// What the controller watches: a migration, or what could not be read of one.
+type Guarded = DeserializeGuard<MtlsMigration>;
 
 /// Keeps the `leader` gauge equal to this replica's role.
 async fn mirror_leadership(mut leading: watch::Receiver<bool>, metrics: Metrics) {
@@ -82,18 +93,19 @@ async fn mirror_leadership(mut leading: watch::Receiver<bool>, metrics: Metrics)
 /// Migrations whose scope covers `namespace` (a mesh-wide migration covers
 /// every namespace).
 fn affected(
-    migrations: &Store<MtlsMigration>,
+    migrations: &Store<Guarded>,
     root_namespace: &str,
     namespace: Option<String>,
-) -> Vec<ObjectRef<MtlsMigration>> {
+) -> Vec<ObjectRef<Guarded>> {
     migrations
         .state()
         .iter()
         .filter(|m| {
             let ns = m.namespace();
+            let mesh_wide = m.0.as_ref().is_ok_and(|m| m.spec.selector.is_none());
             namespace.is_none()
                 || ns == namespace
-                || (ns.as_deref() == Some(root_namespace) && m.spec.selector.is_none())
+                || (ns.as_deref() == Some(root_namespace) && mesh_wide)
         })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
@@ -258,7 +270,7 @@ fn build_controller(
     client: Client,
     args: &RunArgs,
 ) -> (
-    Controller<MtlsMigration>,
+    Controller<Guarded>,
     Stores,
     impl Future<Output = ()> + Send + 'static,
 ) {
@@ -274,7 +286,7 @@ fn build_controller(
     }
     let ns = args.watch_namespace.as_deref();
     let cfg = watcher::Config::default;
-    let migrations: Api<MtlsMigration> = api(&client, ns);
+    let migrations: Api<Guarded> = api(&client, ns);
     let controller = Controller::new(migrations, cfg());
     let mig_store = controller.store();
     let root = args.root_namespace.clone();
@@ -321,7 +333,7 @@ fn build_controller(
         .reflect(dr_writer)
         .touched_objects();
 
-    let mapper = |store: Store<MtlsMigration>, root: String| {
+    let mapper = |store: Store<Guarded>, root: String| {
         move |obj_ns: Option<String>| affected(&store, &root, obj_ns)
     };
     let by_ns = mapper(mig_store.clone(), root.clone());

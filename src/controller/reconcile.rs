@@ -14,6 +14,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::Store;
+use kube::core::DeserializeGuard;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -177,9 +178,10 @@ pub async fn reconcile(mig: Arc<MtlsMigration>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-pub fn error_policy(mig: Arc<MtlsMigration>, err: &Error, ctx: Arc<Context>) -> Action {
+/// `key` is the migration's `namespace/name`.
+pub fn error_policy(key: &str, err: &Error, ctx: &Context) -> Action {
     ctx.metrics.observe_error(err.metric_label());
-    warn!(migration = %mig.key(), error = %err, "reconcile failed");
+    warn!(migration = %key, error = %err, "reconcile failed");
     match err {
         // Nothing a retry can fix: wait for the object to change.
         Error::NotNamespaced | Error::Serialize { .. } => Action::await_change(),
@@ -378,6 +380,32 @@ async fn write(
         }
     }
     Ok(())
+}
+
+/// A stored MtlsMigration that does not deserialize (written under an older
+/// or newer schema): say so on the object and wait for it to change, instead
+/// of wedging the watch for every other migration.
+pub async fn report_invalid(obj: &DeserializeGuard<MtlsMigration>, error: &str, ctx: &Context) {
+    let key = format!(
+        "{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
+    warn!(migration = %key, %error, "MtlsMigration does not match the CRD this operator knows");
+    ctx.metrics.observe_error("invalid_object");
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: crate::api::conditions::reasons::INVALID_SPEC.into(),
+        note: Some(format!(
+            "The operator cannot read this MtlsMigration ({error}). Re-apply it against the \
+             installed CRD (crds/mtlsmigration.yaml)."
+        )),
+        action: "Read".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(migration = %key, %err, "publishing event");
+    }
 }
 
 async fn cleanup(mig: Arc<MtlsMigration>, ctx: &Context) -> Result<Action> {

@@ -252,7 +252,7 @@ async fn the_image_binary_runs_alone_as_non_root() {
         root.0.clone().into(),
     ];
     opts.binary = Some(Path::new("/mtls-migrator"));
-    let op = Operator::start(opts).await;
+    let op = start_operator(opts).await;
     op.wait_ready("leader election off", Duration::from_secs(20))
         .await
         .unwrap();

@@ -26,7 +26,7 @@ async fn start(id: &Identity, name: &str, watch_ns: &str, prometheus: &str) -> O
     let mut opts = OperatorOptions::new(name, &id.kubeconfig, watch_ns);
     opts.lease = Some((&id.namespace, DEFAULT_LEASE));
     opts.prometheus_url = Some(prometheus);
-    Operator::start(opts).await
+    start_operator(opts).await
 }
 
 async fn start_migration(client: &Client, ns: &str, name: &str) {
@@ -59,9 +59,9 @@ async fn one_leader_writes_and_hands_over_on_sigkill_and_sigterm() {
     let lease_ns = testkit::TestNamespace::create(&admin, "deploy-leader").await;
     let id = Identity::provision(sb, &admin, lease_ns.name(), cluster_rules(), lease_rules()).await;
     let prefix = unique("dle-") + "-";
-    let twin = Twin::start(sb, "all-enrolled.yaml", &prefix).await;
+    let twin = start_twin(sb, "all-enrolled.yaml", &prefix).await;
     let ns = format!("{prefix}shop");
-    let _cleanup = NamespaceGuard(ns.clone());
+    let _cleanup = testkit::NamespaceGuard::new([ns.clone()]);
     let prom = sb.prometheus_url();
 
     let a_name = format!("{}-a", lease_ns.name());

@@ -16,7 +16,7 @@ async fn prometheus_scrapes_the_operators_own_series() {
     let ns = testkit::TestNamespace::create(&admin, "deploy-metrics").await;
     let id = Identity::provision(sb, &admin, ns.name(), cluster_rules(), lease_rules()).await;
     let name = format!("{}-op", ns.name());
-    let op = Operator::start(OperatorOptions::new(&name, &id.kubeconfig, ns.name())).await;
+    let op = start_operator(OperatorOptions::new(&name, &id.kubeconfig, ns.name())).await;
     op.wait_ready("leader election off", Duration::from_secs(20))
         .await
         .unwrap();

@@ -163,7 +163,7 @@ async fn probe(admin: &Client, ns: &str, id: &Identity) -> Result<(), String> {
     let start = async |name: &str| {
         let mut opts = OperatorOptions::new(name, &id.kubeconfig, ns);
         opts.lease = Some((ns, DEFAULT_LEASE));
-        Operator::start(opts).await
+        start_operator(opts).await
     };
     let a_name = format!("{ns}-a");
     let mut a = start(&a_name).await;

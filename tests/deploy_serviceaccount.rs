@@ -22,9 +22,9 @@ async fn the_service_account_runs_a_migration_to_enforced_and_restores_on_delete
     let kubeconfig = token_kubeconfig(sb, &token, &unique("deploy-sa-"));
 
     let prefix = unique("dsa-") + "-";
-    let twin = Twin::start(sb, "all-enrolled.yaml", &prefix).await;
+    let twin = start_twin(sb, "all-enrolled.yaml", &prefix).await;
     let ns = format!("{prefix}shop");
-    let _cleanup = NamespaceGuard(ns.clone());
+    let _cleanup = testkit::NamespaceGuard::new([ns.clone()]);
     // The user's own namespace policy, which the migration takes over.
     apply_peer_authentication(
         &admin,
@@ -40,7 +40,7 @@ async fn the_service_account_runs_a_migration_to_enforced_and_restores_on_delete
     // The Lease the installed Role names, in the operator's namespace.
     opts.lease = Some((OPERATOR_NAMESPACE, DEFAULT_LEASE));
     opts.prometheus_url = Some(sb.prometheus_url());
-    let mut op = Operator::start(opts).await;
+    let mut op = start_operator(opts).await;
     // A lease left by an earlier killed run expires within its duration.
     op.wait_ready("leader", LEASE_DURATION * 3).await.unwrap();
 

@@ -76,9 +76,11 @@ async fn an_unreadable_migration_is_reported_and_does_not_wedge_the_others() {
     }))
     .expect("object");
     // The API server serves the new schema a moment after the update.
-    poll_until(Duration::from_secs(20), Duration::from_millis(200), async || {
-        raw.create(&PostParams::default(), &bad).await.ok()
-    })
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        async || raw.create(&PostParams::default(), &bad).await.ok(),
+    )
     .await
     .expect("the loosened schema accepts the unreadable spec");
     drop(restore);
@@ -94,7 +96,13 @@ async fn an_unreadable_migration_is_reported_and_does_not_wedge_the_others() {
         .expect("create the readable migration");
 
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_mtls-migrator"))
-        .args(["run", "--http-addr", "127.0.0.1:0", "--watch-namespace", &name])
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--watch-namespace",
+            &name,
+        ])
         .env("KUBECONFIG", sb.kubeconfig_path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -103,26 +111,40 @@ async fn an_unreadable_migration_is_reported_and_does_not_wedge_the_others() {
         .expect("start the operator");
 
     let typed: Api<MtlsMigration> = Api::namespaced(client.clone(), &name);
-    poll_until(Duration::from_secs(30), Duration::from_millis(200), async || {
-        let m = typed.get("good").await.ok()?;
-        let ready = m
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (ready.status.as_str() == "True").then_some(())
-    })
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let m = typed.get("good").await.ok()?;
+            let ready = m
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status.as_str() == "True").then_some(())
+        },
+    )
     .await
     .expect("the readable migration reaches Ready beside the unreadable one");
 
     let events: Api<Event> = Api::namespaced(client.clone(), &name);
-    let note = poll_until(Duration::from_secs(30), Duration::from_millis(200), async || {
-        events.list(&Default::default()).await.ok()?.items.into_iter().find_map(|e| {
-            let about = e.regarding.as_ref()?.name.as_deref()?;
-            (about == "unreadable" && e.reason.as_deref() == Some("InvalidSpec"))
-                .then(|| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
-        })
-    })
+    let note = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find_map(|e| {
+                    let about = e.regarding.as_ref()?.name.as_deref()?;
+                    (about == "unreadable" && e.reason.as_deref() == Some("InvalidSpec"))
+                        .then(|| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+                })
+        },
+    )
     .await
     .expect("a Warning event on the unreadable migration");
     assert_eq!(note.0, "Warning");

@@ -10,10 +10,10 @@ use anyhow::Context as _;
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::core::DeserializeGuard;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +55,7 @@ struct LeaderGated {
 /// brings every migration back when it takes over.
 /// An object that does not deserialize reaches the reconciler as an error
 /// instead of breaking the watch (`DeserializeGuard`).
-async fn reconcile_if_leading(
-    obj: Arc<Guarded>,
-    gated: Arc<LeaderGated>,
-) -> Result<Action, Error> {
+async fn reconcile_if_leading(obj: Arc<Guarded>, gated: Arc<LeaderGated>) -> Result<Action, Error> {
     if !*gated.leading.borrow() {
         return Ok(Action::await_change());
     }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::Store;
-use kube::core::DeserializeGuard;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -386,11 +386,7 @@ async fn write(
 /// or newer schema): say so on the object and wait for it to change, instead
 /// of wedging the watch for every other migration.
 pub async fn report_invalid(obj: &DeserializeGuard<MtlsMigration>, error: &str, ctx: &Context) {
-    let key = format!(
-        "{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    );
+    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     warn!(migration = %key, %error, "MtlsMigration does not match the CRD this operator knows");
     ctx.metrics.observe_error("invalid_object");
     let event = kube::runtime::events::Event {

@@ -10,8 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -21,8 +19,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use mtls_migrator::api::migration::MtlsMigration;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use testkit::process::{OperatorConfig, OperatorProcess, TwinConfig, TwinProcess, sibling_binary};
 
 pub const OPERATOR_NAMESPACE: &str = "mtls-migrator-system";
 pub const SERVICE_ACCOUNT: &str = "mtls-migrator";
@@ -325,15 +322,8 @@ impl Drop for Identity {
 
 // ----- the operator process ------------------------------------------------
 
-/// The operator binary as a child process, logging JSON to a shared buffer
-/// (and to `target/deploy-tests/<name>.log`).
-pub struct Operator {
-    pub name: String,
-    child: Child,
-    pub addr: String,
-    lines: Arc<Mutex<Vec<String>>>,
-    http: reqwest::Client,
-}
+/// The operator binary as a child process.
+pub type Operator = OperatorProcess;
 
 pub struct OperatorOptions<'a> {
     pub name: &'a str,
@@ -366,295 +356,75 @@ impl<'a> OperatorOptions<'a> {
 pub const LEASE_DURATION: Duration = Duration::from_secs(6);
 pub const LEASE_RENEW_BEFORE: Duration = Duration::from_secs(2);
 
-impl Operator {
-    pub async fn start(opts: OperatorOptions<'_>) -> Operator {
-        let binary = opts
-            .binary
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mtls-migrator")));
-        let mut cmd = match opts.prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        cmd.args(["--log-format", "json", "run", "--http-addr", "127.0.0.1:0"])
-            .args(["--watch-namespace", opts.watch_namespace])
-            .args(["--identity", opts.name])
-            .env("KUBECONFIG", opts.kubeconfig)
-            .env("MTLS_LOG", "info,kube_lease_manager=warn")
-            // What a test sets must not come from the developer's shell.
-            .env_remove("MTLS_PROMETHEUS_URL")
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some((ns, lease)) = opts.lease {
-            cmd.args([
+/// Starts the operator, logging JSON to `target/deploy-tests/<name>.log`,
+/// and waits until it serves HTTP (not until it is ready).
+pub async fn start_operator(opts: OperatorOptions<'_>) -> Operator {
+    let mut args: Vec<String> = [
+        "--log-format",
+        "json",
+        "run",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--watch-namespace",
+        opts.watch_namespace,
+        "--identity",
+        opts.name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some((ns, lease)) = opts.lease {
+        args.extend(
+            [
                 "--leader-elect",
                 "--lease-namespace",
                 ns,
                 "--lease-name",
                 lease,
-            ])
-            .arg(format!("--lease-duration={}s", LEASE_DURATION.as_secs()))
-            .arg(format!(
-                "--lease-renew-before={}s",
-                LEASE_RENEW_BEFORE.as_secs()
-            ));
-        }
-        if let Some(url) = opts.prometheus_url {
-            cmd.args(["--prometheus-url", url]);
-        }
-        let mut child = cmd.spawn().expect("start the operator");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let sink = lines.clone();
-        let log_path = log_dir().join(format!("{}.log", opts.name));
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let mut file = tokio::fs::File::create(&log_path).await.ok();
-            let mut reader = BufReader::new(stderr).lines();
-            let mut addr_tx = Some(addr_tx);
-            while let Ok(Some(line)) = reader.next_line().await {
-                if let Some(f) = file.as_mut() {
-                    let _ = f.write_all(format!("{line}\n").as_bytes()).await;
-                }
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && let Some(addr) = v["addr"].as_str()
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                sink.lock().expect("log lock").push(line);
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-            .await
-            .unwrap_or_else(|_| panic!("operator {} did not serve HTTP within 30 s", opts.name))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "operator {} exited before serving HTTP:\n{}",
-                    opts.name,
-                    lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-                )
-            });
-        Operator {
-            name: opts.name.to_string(),
-            child,
-            addr,
-            lines,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .expect("HTTP client"),
-        }
+            ]
+            .map(String::from),
+        );
+        args.push(format!("--lease-duration={}s", LEASE_DURATION.as_secs()));
+        args.push(format!(
+            "--lease-renew-before={}s",
+            LEASE_RENEW_BEFORE.as_secs()
+        ));
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("operator is running")
+    if let Some(url) = opts.prometheus_url {
+        args.extend(["--prometheus-url".to_string(), url.to_string()]);
     }
-
-    pub fn logs(&self) -> Vec<String> {
-        self.lines.lock().expect("log lock").clone()
-    }
-
-    /// Log lines that report a request the API server refused for lack of
-    /// permission.
-    pub fn forbidden_lines(&self) -> Vec<String> {
-        self.logs()
-            .into_iter()
-            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
-            .collect()
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let logs = self.logs();
-        logs[logs.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// `GET /readyz`: status code and body; `None` when it does not answer.
-    pub async fn readyz(&self) -> Option<(u16, String)> {
-        let resp = self
-            .http
-            .get(format!("http://{}/readyz", self.addr))
-            .send()
-            .await
-            .ok()?;
-        let code = resp.status().as_u16();
-        Some((code, resp.text().await.unwrap_or_default()))
-    }
-
-    pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("http://{}/metrics", self.addr))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body")
-    }
-
-    /// The value of an unlabelled sample in `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
-    }
-
-    /// Waits until `/readyz` answers 200 with a body containing `role`
-    /// ("leader", "standby", ...).
-    pub async fn wait_ready(&self, role: &str, timeout: Duration) -> Result<(), String> {
-        let mut last = None;
-        let got = testkit::poll_until(timeout, Duration::from_millis(100), async || {
-            last = self.readyz().await;
-            matches!(&last, Some((200, body)) if body.contains(role)).then_some(())
-        })
-        .await;
-        got.map_err(|t| {
-            format!(
-                "{}: /readyz never said 200 {role:?} ({t}); last {last:?}; log:\n{}",
-                self.name,
-                self.log_tail(20)
-            )
-        })
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {}", self.pid());
-    }
-
-    /// Waits for the process to exit and returns its exit code (`None`: killed by a signal).
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let status = tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
-            .expect("wait for the operator");
-        status.code()
-    }
+    let binary = opts
+        .binary
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mtls-migrator")));
+    OperatorProcess::start(OperatorConfig {
+        name: opts.name.to_string(),
+        binary,
+        wrapper: opts.prefix,
+        args: args.into_iter().map(Into::into).collect(),
+        kubeconfig: opts.kubeconfig.to_path_buf(),
+        env: Vec::new(),
+        log: log_dir().join(format!("{}.log", opts.name)),
+    })
+    .await
 }
 
 // ----- the mesh twin -------------------------------------------------------
 
-/// The mesh twin (`e2e/twin`) as a child process; SIGTERM on `stop`.
-pub struct Twin {
-    child: Child,
-    pub base: String,
-}
-
-/// The twin binary, built by `cargo test --workspace` next to this test's
-/// own binary (`MESH_TWIN_BIN` overrides).
-pub fn twin_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESH_TWIN_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in <target>/<profile>/deps");
-    let bin = dir.join("mesh-twin");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p mesh-twin` (`cargo test --workspace` does)",
-        bin.display()
-    );
-    bin
-}
-
-impl Twin {
-    pub async fn start(sb: &testkit::Sandbox, scenario: &str, prefix: &str) -> Twin {
-        let scenario = repo().join("e2e/scenarios").join(scenario);
-        let log =
-            std::fs::File::create(log_dir().join(format!("twin-{prefix}log"))).expect("twin log");
-        let mut child = Command::new(twin_binary())
-            .arg("--scenario")
-            .arg(&scenario)
-            .args([
-                "--namespace-prefix",
-                prefix,
-                "--propagation-delay",
-                "0",
-                "--port",
-                "0",
-            ])
-            .env("KUBECONFIG", sb.kubeconfig_path())
-            .env("RUST_LOG", "warn")
-            .env("PROMETHEUS_TARGETS_DIR", sb.prometheus_targets_dir())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mesh-twin");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(90), async {
-            while let Some(line) = lines.next_line().await.expect("read twin stdout") {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return addr.to_string();
-                }
-            }
-            panic!("mesh-twin exited before listening");
-        })
-        .await
-        .expect("mesh-twin did not start within 90 s");
-        Twin {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    pub async fn truth(&self) -> Value {
-        reqwest::get(format!("{}/truth", self.base))
-            .await
-            .expect("GET /truth")
-            .json()
-            .await
-            .expect("truth JSON")
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-    }
-}
-
-/// Removes a namespace the twin created when the test ends, also when it
-/// panics (the twin's namespaces are not `TestNamespace`s).
-pub struct NamespaceGuard(pub String);
-
-impl Drop for NamespaceGuard {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        // A kube::Client belongs to the runtime that built it: use a fresh one.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async {
-                let client = testkit::sandbox().await.client().await;
-                if let Err(e) = testkit::namespace::remove_namespace(&client, &name).await {
-                    eprintln!("leaving namespace {name}: {e}");
-                }
-            })
-        })
-        .join();
-    }
+/// Starts the mesh twin on a shipped scenario (`e2e/scenarios/<scenario>`),
+/// registered with the sandbox Prometheus; its log goes to
+/// `target/deploy-tests/twin-<prefix>log`.
+pub async fn start_twin(sb: &testkit::Sandbox, scenario: &str, prefix: &str) -> TwinProcess {
+    let scenario = repo().join("e2e/scenarios").join(scenario);
+    let log = log_dir().join(format!("twin-{prefix}log"));
+    TwinProcess::start(TwinConfig::new(
+        sibling_binary("mesh-twin"),
+        sb,
+        &scenario,
+        prefix,
+        log,
+    ))
+    .await
 }
 
 // ----- migrations, policies, events ----------------------------------------

@@ -300,49 +300,6 @@ pub async fn kubectl(
     )
 }
 
-/// Removes namespaces when dropped (also when the test panics): the twin's
-/// namespaces carry no testkit label, so nobody else would.
-pub struct NamespaceGuard {
-    names: Vec<String>,
-}
-
-impl NamespaceGuard {
-    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
-        NamespaceGuard {
-            names: names.into_iter().collect(),
-        }
-    }
-}
-
-impl Drop for NamespaceGuard {
-    fn drop(&mut self) {
-        if std::env::var_os("TESTKIT_KEEP_NAMESPACES").is_some_and(|v| v != "0" && !v.is_empty()) {
-            return;
-        }
-        let names = std::mem::take(&mut self.names);
-        // The test's runtime may be gone or blocked on this thread; a kube
-        // client belongs to the runtime that built it.
-        let joined = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async {
-                let client = testkit::sandbox().await.client().await;
-                for ns in names {
-                    if let Err(e) = testkit::namespace::remove_namespace(&client, &ns).await {
-                        eprintln!("operator-e2e: leaving namespace {ns}: {e}");
-                    }
-                }
-            })
-        })
-        .join();
-        if joined.is_err() {
-            eprintln!("operator-e2e: namespace cleanup panicked");
-        }
-    }
-}
-
 /// One test's world: the twin running a scenario under a unique prefix and
 /// an operator watching the scenario's main namespace. Dropped in field
 /// order: operator, twin, then the namespaces.

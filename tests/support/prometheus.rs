@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::processes::Proc;
 use super::scratch_dir;
+use testkit::process::{ChildProcess, wait_for_http_success};
 
 pub struct OwnPrometheus {
-    proc: Option<Proc>,
+    proc: Option<ChildProcess>,
     port: u16,
     dir: PathBuf,
     name: String,
@@ -58,23 +58,14 @@ impl OwnPrometheus {
             .arg("--web.listen-address")
             .arg(format!("127.0.0.1:{}", self.port));
         let log = self.dir.join("prometheus.log");
-        self.proc = Some(Proc::spawn(
+        self.proc = Some(ChildProcess::spawn(
             &format!("{}prometheus", self.name),
             cmd,
             &log,
             false,
         ));
         let url = format!("{}/-/ready", self.url());
-        let ready = testkit::poll_until(
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            async || {
-                let r = reqwest::get(&url).await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await;
-        if let Err(e) = ready {
+        if let Err(e) = wait_for_http_success(&url, Duration::from_secs(30)).await {
             let tail = self.proc.as_ref().map(|p| p.log_tail(20));
             panic!(
                 "own Prometheus not ready on port {}: {e}\n{}",

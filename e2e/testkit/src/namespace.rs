@@ -94,32 +94,60 @@ fn keep() -> bool {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        if self.done || keep() {
+        if self.done {
             return;
         }
-        // The test's runtime may be gone or blocked on this very thread, and a
-        // kube::Client is tied to the runtime that built it: clean up on a
-        // thread with its own runtime and client.
-        let name = self.name.clone();
-        let joined = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async {
-                let client = match crate::sandbox::cleanup_client().await {
-                    Some(c) => c,
-                    None => return,
-                };
+        remove_on_own_runtime(vec![self.name.clone()]);
+    }
+}
+
+/// Removes namespaces created by something other than [`TestNamespace`]
+/// (e.g. the mesh twin's, which carry no [`TEST_LABEL`]) when dropped, also
+/// when the test panics.
+pub struct NamespaceGuard {
+    names: Vec<String>,
+}
+
+impl NamespaceGuard {
+    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        NamespaceGuard {
+            names: names.into_iter().collect(),
+        }
+    }
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        remove_on_own_runtime(std::mem::take(&mut self.names));
+    }
+}
+
+/// Removes `names` from a drop: the test's runtime may be gone or blocked on
+/// this very thread, and a kube::Client is tied to the runtime that built it,
+/// so this runs on a thread with its own runtime and client.
+fn remove_on_own_runtime(names: Vec<String>) {
+    if keep() || names.is_empty() {
+        return;
+    }
+    let joined = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        rt.block_on(async {
+            let Some(client) = crate::sandbox::cleanup_client().await else {
+                return;
+            };
+            for name in names {
                 if let Err(e) = remove_namespace(&client, &name).await {
                     eprintln!("testkit: leaving namespace {name}: {e}");
                 }
-            })
+            }
         })
-        .join();
-        if joined.is_err() {
-            eprintln!("testkit: cleanup of namespace {} panicked", self.name);
-        }
+    })
+    .join();
+    if joined.is_err() {
+        eprintln!("testkit: namespace cleanup panicked");
     }
 }
 

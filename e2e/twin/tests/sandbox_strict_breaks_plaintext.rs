@@ -6,83 +6,21 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use mesh_twin::istio_config::peer_authentication_resource;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use testkit::process::{TwinConfig, TwinProcess};
 
 const EDGE: &str = "external-to-api";
 
-/// The twin as a child process; SIGTERM on drop so it unregisters itself.
-struct TwinProcess {
-    child: Child,
-    base: String,
-}
-
-impl TwinProcess {
-    async fn start(sb: &testkit::Sandbox, scenario: &Path, prefix: &str) -> TwinProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-twin"))
-            .arg("--scenario")
-            .arg(scenario)
-            .args([
-                "--namespace-prefix",
-                prefix,
-                "--propagation-delay",
-                "0",
-                "--port",
-                "0",
-            ])
-            .env("KUBECONFIG", sb.kubeconfig_path())
-            .env("RUST_LOG", "warn")
-            .env("PROMETHEUS_TARGETS_DIR", sb.prometheus_targets_dir())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mesh-twin");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(90), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    return addr.to_string();
-                }
-            }
-            panic!("mesh-twin exited before listening");
-        })
-        .await
-        .expect("mesh-twin did not start within 90 s");
-        TwinProcess {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    async fn edge(&self, id: &str) -> Value {
-        let truth: Value = reqwest::get(format!("{}/truth", self.base))
-            .await
-            .expect("GET /truth")
-            .json()
-            .await
-            .expect("truth JSON");
-        truth["edges"]
-            .as_array()
-            .and_then(|edges| edges.iter().find(|e| e["id"] == id))
-            .cloned()
-            .unwrap_or_else(|| panic!("no edge {id} in {truth}"))
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-    }
+/// The twin under test (this package's build), logging to the test's
+/// scratch folder.
+async fn start_twin(sb: &testkit::Sandbox, scenario: &Path, prefix: &str) -> TwinProcess {
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}twin.log"));
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_mesh-twin"));
+    TwinProcess::start(TwinConfig::new(binary, sb, scenario, prefix, log)).await
 }
 
 fn shipped(name: &str) -> PathBuf {
@@ -124,7 +62,7 @@ async fn strict_breaks_the_external_plaintext_client_and_permissive_heals_it() {
     let client = sb.client().await;
     let prefix = unique_prefix();
     let ns = format!("{prefix}shop");
-    let twin = TwinProcess::start(sb, &shipped("external-plaintext-client.yaml"), &prefix).await;
+    let twin = start_twin(sb, &shipped("external-plaintext-client.yaml"), &prefix).await;
     let timeout = Duration::from_secs(45);
     let every = Duration::from_millis(200);
 
@@ -204,7 +142,7 @@ async fn enrolling_a_client_switches_it_to_mtls_without_breaking_requests() {
     let path =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}late-sidecar.yaml"));
     std::fs::write(&path, text).expect("write scenario");
-    let twin = TwinProcess::start(sb, &path, &prefix).await;
+    let twin = start_twin(sb, &path, &prefix).await;
     let timeout = Duration::from_secs(45);
     let every = Duration::from_millis(200);
     let edge = "batch-to-api";
@@ -225,13 +163,7 @@ async fn enrolling_a_client_switches_it_to_mtls_without_breaking_requests() {
     );
 
     // Un-enroll over HTTP (namespace as written in the scenario).
-    let resp = reqwest::Client::new()
-        .post(format!("{}/workloads/shop/batch/enrollment", twin.base))
-        .json(&json!({"enrollment": "none"}))
-        .send()
-        .await
-        .expect("POST enrollment");
-    assert!(resp.status().is_success(), "{}", resp.status());
+    twin.enroll("shop", "batch", "none").await;
     let e = testkit::poll_until(timeout, every, async || {
         let e = twin.edge(edge).await;
         (e["outcome"] == "plaintext-accepted").then_some(e)

@@ -83,7 +83,7 @@ async fn one_leader_writes_and_hands_over_on_sigkill_and_sigterm() {
     // "api" is in flight (holding) when the leader dies.
     start_migration(&admin, &ns, "api").await;
     wait_phase(&admin, &ns, "api", "Holding", Duration::from_secs(60)).await;
-    let events = operator_events(&admin, &ns, "api").await;
+    let events = operator_events_after(&admin, &ns, "api", "Holding").await;
     assert_eq!(
         instances(&events).keys().collect::<Vec<_>>(),
         [&a_name],
@@ -136,7 +136,7 @@ async fn one_leader_writes_and_hands_over_on_sigkill_and_sigterm() {
 
     // Each migration went to STRICT once, whoever finished it.
     for name in ["api", "db"] {
-        let events = operator_events(&admin, &ns, name).await;
+        let events = operator_events_after(&admin, &ns, name, "Enforced").await;
         assert_eq!(occurrences(&events, "Enforced"), 1, "{name}: {events:#?}");
         assert_eq!(
             occurrences(&events, "HoldComplete"),

@@ -79,7 +79,7 @@ async fn the_service_account_runs_a_migration_to_enforced_and_restores_on_delete
         assert_eq!(edge["outcome"], "mtls-accepted", "{edge}");
         assert_eq!(edge["broken"].as_u64(), Some(0), "{edge}");
     }
-    let events = operator_events(&admin, &ns, "shop").await;
+    let events = operator_events_after(&admin, &ns, "shop", "Enforced").await;
     assert_eq!(occurrences(&events, "Enforced"), 1, "{events:#?}");
     assert_eq!(
         instances(&events).keys().collect::<Vec<_>>(),

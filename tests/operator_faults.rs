@@ -115,7 +115,10 @@ async fn prometheus_stopped_mid_hold_blocks_the_flip_until_it_returns() {
     assert!(enforced_at.duration_since(hold_start) >= SignedDuration::from_secs(8));
     assert_eq!(s.pa_mode(NAME).await.as_deref(), Some("STRICT"));
     s.assert_nothing_broken().await;
-    assert_eq!(event_count(&s.client, &s.ns, NAME, "Enforced").await, 1);
+    assert_eq!(
+        wait_event_count(&s.client, &s.ns, NAME, "Enforced", 1).await,
+        1
+    );
 }
 
 /// Waits for Holding plus one more passing measurement inside the hold, then
@@ -224,7 +227,10 @@ async fn operator_killed_mid_hold_continues_the_hold_after_restart() {
         assert!(enforced(m), "{}", status_text(Some(m)));
     })
     .await;
-    assert_eq!(event_count(&s.client, &s.ns, NAME, "Enforced").await, 1);
+    assert_eq!(
+        wait_event_count(&s.client, &s.ns, NAME, "Enforced", 1).await,
+        1
+    );
     s.assert_nothing_broken().await;
 }
 
@@ -287,7 +293,7 @@ async fn operator_down_longer_than_two_intervals_restarts_the_hold() {
     );
     assert!(new_start > old_start);
     assert_eq!(
-        event_count(&s.client, &s.ns, NAME, "HoldRestarted").await,
+        wait_event_count(&s.client, &s.ns, NAME, "HoldRestarted", 1).await,
         1
     );
 
@@ -298,6 +304,9 @@ async fn operator_down_longer_than_two_intervals_restarts_the_hold() {
         .enforced_at
         .expect("enforcedAt");
     assert!(enforced_at.duration_since(new_start) >= SignedDuration::from_secs(hold));
-    assert_eq!(event_count(&s.client, &s.ns, NAME, "Enforced").await, 1);
+    assert_eq!(
+        wait_event_count(&s.client, &s.ns, NAME, "Enforced", 1).await,
+        1
+    );
     s.assert_nothing_broken().await;
 }

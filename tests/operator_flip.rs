@@ -73,7 +73,10 @@ async fn all_enrolled_reaches_strict_after_the_hold_and_breaks_nothing() {
     })
     .await;
     s.assert_nothing_broken().await;
-    assert_eq!(event_count(&s.client, &s.ns, NAME, "Enforced").await, 1);
+    assert_eq!(
+        wait_event_count(&s.client, &s.ns, NAME, "Enforced", 1).await,
+        1
+    );
 }
 
 /// (b) A client outside the mesh sends plaintext: the operator never flips

@@ -119,7 +119,7 @@ async fn rollback_by_kubectl_patch_is_prompt_and_then_status_stays_put() {
 
     // Nothing changes now: pod edits trigger reconciles, none writes status.
     let version = m.resource_version();
-    let events_before = event_count(&s.client, &s.ns, NAME, "RolledBack").await;
+    let events_before = wait_event_count(&s.client, &s.ns, NAME, "RolledBack", 1).await;
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let pod = s.pod_names(&s.ns, "web").await.remove(0);
     let operator = &s.operator;
@@ -236,7 +236,7 @@ async fn on_delete_restore_puts_the_original_policy_back() {
         .collect();
     assert!(ours.is_empty(), "annotations left behind: {ours:?}");
     assert_eq!(
-        event_count(&s.client, &s.ns, NAME, "PolicyRestored").await,
+        wait_event_count(&s.client, &s.ns, NAME, "PolicyRestored", 1).await,
         1
     );
 }
@@ -267,7 +267,10 @@ async fn on_delete_keep_leaves_strict_in_place() {
     assert_eq!(pa.annotations().get(MIGRATION_ANNOTATION), None);
     assert_eq!(pa.annotations().get(ORIGINAL_SPEC_ANNOTATION), None);
     assert_eq!(pa.labels().get(MANAGED_BY_LABEL), None);
-    assert_eq!(event_count(&s.client, &s.ns, NAME, "PolicyKept").await, 1);
+    assert_eq!(
+        wait_event_count(&s.client, &s.ns, NAME, "PolicyKept", 1).await,
+        1
+    );
     // STRICT stays in force for the twin's traffic too.
     let twin = &s.twin;
     let edge: Value = testkit::poll_until(Duration::from_secs(10), POLL, async || {

@@ -134,36 +134,17 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Go-style durations (`500ms`, `30s`, `2m`, `1h30m`), as Kubernetes users write them.
+/// Go-style durations (`500ms`, `30s`, `2m`, `1h30m`), as Kubernetes users
+/// write them; parsed by kube's own `Duration`, like the CRD's fields.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err("empty duration".into());
+    let d: kube::core::Duration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: {e} (write it like 500ms, 30s, 2m or 1h30m)"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?}: a duration here must not be negative"));
     }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: missing unit (use ms, s, m or h)"))?;
-        let (num, tail) = rest.split_at(digits);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-        };
-        total += Duration::from_secs_f64(secs);
-        rest = next;
-    }
-    Ok(total)
+    Ok(d.into())
 }
 
 #[cfg(test)]
@@ -176,6 +157,7 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("10").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -484,6 +484,29 @@ pub async fn operator_events(client: &Client, ns: &str, name: &str) -> Vec<Event
         .collect()
 }
 
+/// [`operator_events`] once an event with `reason` is among them (up to
+/// 10 s): events are published just after the status write a test waits for.
+pub async fn operator_events_after(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<Event> {
+    let seen = testkit::poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let events = operator_events(client, ns, name).await;
+            (occurrences(&events, reason) > 0).then_some(events)
+        },
+    )
+    .await;
+    match seen {
+        Ok(events) => events,
+        Err(_) => operator_events(client, ns, name).await,
+    }
+}
+
 /// How many times an event with `reason` happened (series counts included).
 pub fn occurrences(events: &[Event], reason: &str) -> i32 {
     events

@@ -266,6 +266,27 @@ pub async fn event_count(client: &Client, ns: &str, name: &str, reason: &str) ->
         .sum()
 }
 
+/// Like [`event_count`], but first waits (up to 10 s) until at least
+/// `at_least` are recorded: the operator publishes events just after the
+/// status write a test usually waits for, so an immediate count can be early.
+pub async fn wait_event_count(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    at_least: usize,
+) -> usize {
+    let reached = testkit::poll_until(Duration::from_secs(10), POLL, async || {
+        let n = event_count(client, ns, name, reason).await;
+        (n >= at_least).then_some(n)
+    })
+    .await;
+    match reached {
+        Ok(n) => n,
+        Err(_) => event_count(client, ns, name, reason).await,
+    }
+}
+
 /// Runs `$KUBECTL` with `args` (stdin `input` if given); returns
 /// (success, stdout, stderr).
 pub async fn kubectl(

@@ -137,6 +137,10 @@ pub enum OutputFormat {
 /// Go-style durations (`500ms`, `30s`, `2m`, `1h30m`), as Kubernetes users
 /// write them; parsed by kube's own `Duration`, like the CRD's fields.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    // kube's parser reads "" as zero; a flag given empty is a mistake.
+    if s.trim().is_empty() {
+        return Err("empty duration (write it like 500ms, 30s, 2m or 1h30m)".into());
+    }
     let d: kube::core::Duration = s
         .trim()
         .parse()

@@ -3,6 +3,8 @@
 //! blocks, 0 otherwise). Each test asserts the exact set of finding kinds so
 //! that a check firing where it should not is caught as well.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,43 +17,9 @@ use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
+use support::cli::{Output, cli};
 use testkit::pods::{Enrollment, Phase, WorkloadPod, create_running_pod, set_phase};
 use testkit::{Sandbox, TestNamespace};
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-}
-
-/// Runs the real binary with the sandbox's kubeconfig and none of the
-/// caller's MTLS_* settings.
-async fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mtls-migrator"));
-    cmd.args(args).env("KUBECONFIG", sb.kubeconfig_path());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MTLS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd.output().await.expect("run mtls-migrator");
-    Output {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 async fn preflight_json(sb: &Sandbox, ns: &str, extra: &[&str]) -> (Output, Value) {
     let mut args = vec!["preflight", "-n", ns, "-o", "json"];

@@ -2,38 +2,17 @@
 //! operator runs here: each test writes the status the operator would,
 //! through the status subresource with the operator's field manager.
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use mtls_migrator::api::{MtlsMigration, MtlsMigrationSpec};
 use serde_json::{Value, json};
+use support::cli::cli;
 use testkit::{Sandbox, TestNamespace};
 use tokio::sync::OnceCell;
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the real binary with the sandbox's kubeconfig and none of the
-/// caller's MTLS_* settings.
-async fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mtls-migrator"));
-    cmd.args(args).env("KUBECONFIG", sb.kubeconfig_path());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MTLS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd.output().await.expect("run mtls-migrator");
-    Output {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The sandbox installs crds/ when it starts; apply the current file again
 /// so a sandbox started before the last CRD change still matches the types.

@@ -10,6 +10,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod processes;
 pub mod prometheus;
 
